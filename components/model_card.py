@@ -1,0 +1,201 @@
+"""The model card that promote uploads next to each version: a Markdown page of where the model
+came from (data, split, backbone, hyperparameters, packages) and how good it is."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from components.artifacts import (
+    INGEST_REPORT_FILE,
+    SPLIT_INFO_FILE,
+    ModelInfo,
+    read_model_info,
+)
+from components.gate import Decision
+
+logger = logging.getLogger(__name__)
+
+# Distributions whose versions the card records: the training, conversion and orchestration
+# stack, and this project itself.
+CARD_PACKAGES = (
+    "tensorflow",
+    "tf-keras",
+    "tensorflow-hub",
+    "kfp",
+    "ai-edge-litert",
+    "mediapipe",
+    "flower-classifier-pipeline",
+)
+NOT_INSTALLED = "not installed"
+NOT_RECORDED = "not recorded"
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+# Keys of ingest_report.json (components.ingest.IngestReport) and split.json that the card shows.
+SOURCE_URI_KEY = "source_uri"
+SOURCE_KIND_KEY = "source_kind"
+SOURCE_SHA256_KEY = "source_sha256"  # null when the source was a folder, not an archive
+CLASS_COUNTS_KEY = "class_counts"
+SPLIT_FRACTIONS_KEY = "fractions"
+SPLIT_SEED_KEY = "seed"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCardInputs:
+    """The upstream records that the model card is written from."""
+
+    ingest_report: dict  # ingest_report.json of the image Dataset
+    splits: dict[str, dict]  # split name ("train", "validation", "test") -> its split.json
+    model_info: ModelInfo
+    evaluation_metrics: dict  # the evaluate step's metrics of the Keras model on the test split
+
+
+def read_card_inputs(
+    *,
+    images_dir: str | Path,
+    model_dir: str | Path,
+    split_dirs: dict[str, str | Path],
+    evaluation_metrics: dict,
+) -> ModelCardInputs:
+    """Read the ingest report, each split.json and model_info.json from the artifact folders."""
+    return ModelCardInputs(
+        ingest_report=_read_json(Path(images_dir) / INGEST_REPORT_FILE, written_by="ingest"),
+        splits={
+            name: _read_json(Path(folder) / SPLIT_INFO_FILE, written_by="split")
+            for name, folder in split_dirs.items()
+        },
+        model_info=read_model_info(model_dir),
+        evaluation_metrics=dict(evaluation_metrics),
+    )
+
+
+def _read_json(path: Path, *, written_by: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: pass the artifact folder written by {written_by}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def package_versions(packages: tuple[str, ...] = CARD_PACKAGES) -> dict[str, str]:
+    """Return the installed version of each distribution, or "not installed"."""
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = NOT_INSTALLED
+    return versions
+
+
+def render_model_card(
+    *,
+    model_name: str,
+    version: str,
+    version_uri: str,
+    card: ModelCardInputs,
+    export_info: dict,
+    export_metrics: dict,
+    decision: Decision,
+    packages: dict[str, str],
+) -> str:
+    """Render the model card of one version as Markdown text."""
+    sections = [
+        f"# Model card: {model_name} {version}\n\nFiles: `{version_uri}`",
+        _data_section(card.ingest_report),
+        _split_section(card.splits),
+        _model_section(card.model_info, export_info),
+        _table("## Hyperparameters", ("name", "value"), card.model_info.hyperparameters.items()),
+        _metrics_section(export_metrics, card.evaluation_metrics),
+        _decision_section(decision),
+        _table("## Package versions", ("package", "version"), packages.items()),
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def _data_section(ingest_report: dict) -> str:
+    source = ingest_report.get(SOURCE_URI_KEY, NOT_RECORDED)
+    kind = ingest_report.get(SOURCE_KIND_KEY, NOT_RECORDED)
+    sha256 = ingest_report.get(SOURCE_SHA256_KEY, NOT_RECORDED)
+    sha256_text = f"`{sha256}`" if sha256 is not None else "none (a folder source has no archive to hash)"
+    class_counts = ingest_report.get(CLASS_COUNTS_KEY) or {}
+    header = (
+        f"## Data\n\nSource: `{source}` ({kind})\n\nSource sha256: {sha256_text}\n\n"
+        f"Photos: {sum(class_counts.values())} in {len(class_counts)} classes"
+    )
+    return header + "\n\n" + _table(None, ("class", "photos"), sorted(class_counts.items()))
+
+
+def _split_section(splits: dict[str, dict]) -> str:
+    names = [name for name in SPLIT_NAMES if name in splits]
+    first = splits[names[0]] if names else {}
+    classes = sorted({label for info in splits.values() for label in info.get(CLASS_COUNTS_KEY, {})})
+    rows = [
+        (label, *(splits[name].get(CLASS_COUNTS_KEY, {}).get(label, 0) for name in names))
+        for label in classes
+    ]
+    header = (
+        f"## Split\n\nFractions: {_inline(first.get(SPLIT_FRACTIONS_KEY, NOT_RECORDED))}\n\n"
+        f"Seed: {_inline(first.get(SPLIT_SEED_KEY, NOT_RECORDED))}"
+    )
+    return header + "\n\n" + _table(None, ("class", *names), rows)
+
+
+def _model_section(model_info: ModelInfo, export_info: dict) -> str:
+    rows = [
+        ("model spec", model_info.model_spec),
+        ("backbone", model_info.backbone_uri),
+        ("input size (height x width)", f"{model_info.input_height} x {model_info.input_width}"),
+        ("input normalization", f"(pixel - {model_info.normalization_mean}) / {model_info.normalization_std}"),
+        ("training images", model_info.num_train_images),
+        ("validation images", model_info.num_validation_images),
+        ("quantization", export_info.get("quantization", NOT_RECORDED)),
+        ("model.tflite size (bytes)", export_info.get("size_bytes", NOT_RECORDED)),
+        ("model.tflite sha256", export_info.get("sha256", NOT_RECORDED)),
+    ]
+    return _table("## Model", ("property", "value"), rows)
+
+
+def _metrics_section(export_metrics: dict, evaluation_metrics: dict) -> str:
+    exported = _table(
+        "## Metrics\n\nOf the exported model.tflite on the test split:",
+        ("metric", "value"),
+        sorted(export_metrics.items()),
+    )
+    evaluated = _table(
+        "Of the Keras model before export, on the test split:",
+        ("metric", "value"),
+        sorted(evaluation_metrics.items()),
+    )
+    return exported + "\n\n" + evaluated
+
+
+def _decision_section(decision: Decision) -> str:
+    verdict = "passed" if decision.passed else "failed"
+    champion = decision.champion_version or "none (first promotion)"
+    rows = [(check.name, "passed" if check.passed else "failed", check.reason) for check in decision.checks]
+    header = f"## Gate decision\n\nThe gate {verdict}. Champion judged against: {champion}"
+    return header + "\n\n" + _table(None, ("check", "result", "reason"), rows)
+
+
+def _table(title: str | None, columns: tuple[str, ...], rows) -> str:
+    lines = [f"{title}\n"] if title else []
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    for row in rows:
+        lines.append("| " + " | ".join(_inline(cell) for cell in row) + " |")
+    return "\n".join(lines)
+
+
+def _inline(value: Any) -> str:
+    """Format a value for one Markdown table cell or line."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (dict, list)):
+        text = json.dumps(value, sort_keys=True)
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
