@@ -15,7 +15,7 @@ The version, UTC time plus a short hash of the converted model (20261204T211500Z
 names the model in its metadata, and the promote step uses it as the version folder name.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: KFP reads export_component's annotations as types.
 
 import dataclasses
 import datetime
