@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from kfp.dsl import Artifact, Output
+from kfp.dsl import Artifact, Input, Output
 
 from components import storage
 
@@ -288,3 +288,17 @@ def gate_component(
     )
     GateOutputs = namedtuple("GateOutputs", ["passed"])
     return GateOutputs(passed=result.passed)
+
+
+def rejection_component(decision: Input[Artifact], model_name: str):
+    """Log why the gate kept the exported model from being promoted (the pipeline's Else branch)."""
+    import logging
+
+    from components import gate as step
+
+    result = step.read_decision(decision.path)
+    failed = [check.reason for check in result.checks if not check.passed]
+    logging.getLogger("rejection_component").info(
+        "%s not promoted: %s; the champion stays %s",
+        model_name, "; ".join(failed), result.champion_version or "unset",
+    )

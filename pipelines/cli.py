@@ -1,0 +1,189 @@
+"""Command-line entry point: compile the pipeline to YAML, or run it on this machine.
+
+    python -m pipelines.cli compile [--image IMAGE] [--output FILE]
+    python -m pipelines.cli run --bucket BUCKET [--source URI] [--backbone URI] [--set NAME=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import components  # noqa: F401  (TF_USE_LEGACY_KERAS must be set before TensorFlow loads)
+
+logger = logging.getLogger("pipelines.cli")
+
+DEFAULT_YAML = Path(__file__).resolve().parent / "flower_classifier.yaml"
+DEFAULT_PIPELINE_ROOT = Path("build") / "local_outputs"
+
+
+def compile_pipeline(*, output: str | Path, image: str) -> Path:
+    """Compile the pipeline for image into a KFP v2 YAML file at output."""
+    from kfp import compiler
+
+    from pipelines.pipeline import build_pipeline
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pipeline_func=build_pipeline(image), package_path=str(output))
+    logger.info("compiled the pipeline for image %s into %s", image, output)
+    return output
+
+
+def pipeline_parameters() -> dict[str, inspect.Parameter]:
+    """Return the pipeline's parameters by name, with their defaults and annotations."""
+    from pipelines.pipeline import build_pipeline
+
+    function = build_pipeline().pipeline_func
+    return dict(inspect.signature(function).parameters)
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, object]:
+    """Turn NAME=VALUE strings into pipeline arguments of the parameter's type."""
+    parameters = pipeline_parameters()
+    arguments: dict[str, object] = {}
+    for assignment in assignments:
+        name, separator, text = assignment.partition("=")
+        if not separator:
+            raise SystemExit(f"--set {assignment!r} is not NAME=VALUE, e.g. --set epochs=10")
+        if name not in parameters:
+            known = ", ".join(sorted(parameters))
+            raise SystemExit(f"--set {name}: unknown pipeline parameter; known parameters: {known}")
+        arguments[name] = _convert(name, text, parameters[name].annotation)
+    return arguments
+
+
+def _convert(name: str, text: str, annotation) -> object:
+    kind = annotation if isinstance(annotation, type) else {"bool": bool, "int": int, "float": float}.get(
+        str(annotation), str
+    )
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise SystemExit(f"--set {name}={text}: expected true or false")
+        return text.lower() == "true"
+    try:
+        return kind(text)
+    except ValueError:
+        raise SystemExit(f"--set {name}={text}: expected a value of type {kind.__name__}") from None
+
+
+def run_locally(*, arguments: dict[str, object], pipeline_root: str | Path, enable_caching: bool = False) -> None:
+    """Run the pipeline with the KFP local runner, each step a subprocess of this Python.
+
+    With enable_caching, a step whose inputs match an earlier run under the same pipeline_root
+    reuses that run's outputs; the gate and the promotion never do.
+    """
+    from kfp import local
+
+    from pipelines.pipeline import build_pipeline
+
+    # Fail on a bad value now, not after ingest has run for minutes.
+    validate_arguments(arguments)
+
+    # The local runner starts each step with this interpreter (use_venv=False), so the steps
+    # import the project and the locked packages of the environment that runs this command.
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(pipeline_root),
+        enable_caching=enable_caching,
+    )
+
+    # The runner warns that the steps' base image is not a plain Python image; locally the steps
+    # run in this environment on purpose, with the same locked packages as that image.
+    warnings.filterwarnings("ignore", message=r"You may be attemping to run a task that uses custom", category=RuntimeWarning)
+    started = time.monotonic()
+    build_pipeline()(**arguments)
+    logger.info("pipeline finished in %.1f s; step outputs are under %s", time.monotonic() - started,
+                Path(pipeline_root).resolve())
+
+
+def validate_arguments(arguments: dict[str, object]) -> None:
+    """Run the pipeline's validate step in this process on arguments plus the defaults."""
+    from components import validate
+
+    values = {
+        name: parameter.default
+        for name, parameter in pipeline_parameters().items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    values.update(arguments)
+    names = inspect.signature(validate.validate_component).parameters
+    validate.validate_component(**{name: values[name] for name in names})
+
+
+def report_champion(*, bucket: str, model_name: str) -> None:
+    """Log the bucket's champion pointer after a run."""
+    from components import gate
+
+    champion = gate.read_champion(bucket=bucket, model_name=model_name)
+    if champion is None:
+        logger.info("no champion in %s for %s: nothing was promoted", bucket, model_name)
+        return
+    logger.info("champion of %s in %s: %s", model_name, bucket, json.dumps(champion, sort_keys=True))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flower-pipeline", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    compile_command = commands.add_parser("compile", help="compile the pipeline to KFP v2 YAML")
+    compile_command.add_argument("--output", default=str(DEFAULT_YAML), help="YAML file to write")
+    compile_command.add_argument(
+        "--image",
+        default=os.environ.get("FLOWER_PIPELINE_IMAGE", "") or None,
+        help="component image with this project installed (default: $FLOWER_PIPELINE_IMAGE, else "
+        "the pipeline's default name)",
+    )
+
+    run_command = commands.add_parser("run", help="run the pipeline on this machine (KFP local runner)")
+    run_command.add_argument("--bucket", required=True, help="gs://bucket/prefix or a local folder to promote into")
+    run_command.add_argument("--source", help="photo archive or folder URI (default: the public flowers archive)")
+    run_command.add_argument("--backbone", help="backbone URI for the model spec (default: the spec's TF Hub handle)")
+    run_command.add_argument("--pipeline-root", default=str(DEFAULT_PIPELINE_ROOT), help="folder for step outputs")
+    run_command.add_argument(
+        "--set", dest="assignments", action="append", default=[], metavar="NAME=VALUE",
+        help="any other pipeline parameter, e.g. --set epochs=10 --set tune_head=true",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+
+    if args.command == "compile":
+        from pipelines.pipeline import DEFAULT_IMAGE
+
+        compile_pipeline(output=args.output, image=args.image or DEFAULT_IMAGE)
+        return 0
+
+    arguments = parse_assignments(args.assignments)
+    arguments["bucket"] = _absolute_if_local(args.bucket)
+    if args.source:
+        arguments["source_uri"] = _absolute_if_local(args.source)
+    if args.backbone:
+        arguments["backbone_uri"] = _absolute_if_local(args.backbone)
+    run_locally(arguments=arguments, pipeline_root=args.pipeline_root)
+    model_name = arguments.get("model_name", pipeline_parameters()["model_name"].default)
+    report_champion(bucket=arguments["bucket"], model_name=str(model_name))
+    return 0
+
+
+def _absolute_if_local(uri: str) -> str:
+    # Each step is a subprocess that need not share this working folder, so a relative path is
+    # resolved here, against the folder the user ran the command in.
+    if "://" in uri:
+        return uri
+    return str(Path(uri).expanduser().resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
