@@ -192,6 +192,9 @@ def _table(title: str | None, columns: tuple[str, ...], rows) -> str:
 
 def _inline(value: Any) -> str:
     """Format a value for one Markdown table cell or line."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        # KFP stores every metric as a float, so counts and sizes come back as 3954934.0.
+        return str(int(value))
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, (dict, list)):

@@ -6,8 +6,8 @@ credentials the client is anonymous, so public buckets still work.
 Writes return the object's new generation and take an optional if_generation_match precondition:
 0 means "only if the object does not exist", any other number means "only if the current
 generation is this one". gs:// enforces it on the server. For a local file the same guarantee
-comes from an exclusive flock(2) on a sibling lock file, held while the precondition is checked
-and the new content is renamed into place. That lock works between processes on one machine,
+comes from an exclusive flock(2) on the file's folder, held while the precondition is checked
+and the new content is renamed into place, so no lock file is left beside the data. That lock works between processes on one machine,
 but not on NFS or other network filesystems. A local file's generation is its st_mtime_ns,
 moved forward on every write so that it is strictly greater than the one before.
 
@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Local writes leave these files beside the target; list_uris skips them.
-LOCK_SUFFIX = ".storage-lock"
 TEMP_SUFFIX = ".storage-tmp"
 
 CHUNK_SIZE = 1024 * 1024
@@ -389,9 +388,13 @@ class _ProgressReader:
 
 @contextlib.contextmanager
 def _exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on path's sibling lock file, waiting at most LOCAL_LOCK_TIMEOUT_S."""
-    lock_path = path.with_name(f".{path.name}{LOCK_SUFFIX}")
-    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, LOCAL_FILE_MODE)
+    """Hold an exclusive flock on path's folder, waiting at most LOCAL_LOCK_TIMEOUT_S.
+
+    Locking the folder rather than a sibling lock file leaves nothing behind in a bucket folder;
+    the cost is that writes to different files of one folder wait for each other.
+    """
+    lock_path = path.parent
+    descriptor = os.open(lock_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         deadline = time.monotonic() + LOCAL_LOCK_TIMEOUT_S
         while True:
@@ -479,7 +482,7 @@ def _list_local(prefix_uri: str) -> list[str]:
     root = to_local_path(prefix_uri)
     found = []
     for path in root.rglob("*") if root.is_dir() else []:
-        if path.is_file() and not path.name.endswith((LOCK_SUFFIX, TEMP_SUFFIX)):
+        if path.is_file() and not path.name.endswith(TEMP_SUFFIX):
             found.append(str(path))
     return sorted(found)
 

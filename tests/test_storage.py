@@ -257,10 +257,10 @@ def test_upload_file_missing_source_raises(gcs_bucket, tmp_path):
         storage.upload_file(tmp_path / "nope.bin", f"gs://{gcs_bucket}/x")
 
 
-def test_local_write_leaves_only_lock_file(tmp_path):
+def test_local_write_leaves_only_target_file(tmp_path):
     storage.write_bytes(str(tmp_path / "f.txt"), b"x")
 
-    assert _leftovers(tmp_path) == [f".f.txt{storage.LOCK_SUFFIX}", "f.txt"]
+    assert _leftovers(tmp_path) == ["f.txt"]
     assert storage.list_uris(str(tmp_path)) == [str(tmp_path / "f.txt")]
 
 
