@@ -96,8 +96,8 @@ def run_locally(*, arguments: dict[str, object], pipeline_root: str | Path, enab
         enable_caching=enable_caching,
     )
 
-    # The runner warns that the steps' base image is not a plain Python image; locally the steps
-    # run in this environment on purpose, with the same locked packages as that image.
+    # The runner warns when a step's base image is not a plain Python image. Here the steps run
+    # in this environment on purpose, because it has the same locked packages as that image.
     warnings.filterwarnings("ignore", message=r"You may be attemping to run a task that uses custom", category=RuntimeWarning)
     started = time.monotonic()
     build_pipeline()(**arguments)

@@ -79,8 +79,8 @@ def check_targets(results: list[dict]) -> list[str]:
     drop_verdict = "met" if drop <= MAX_INT8_ACCURACY_DROP_POINTS else "MISSED"
     size_verdict = "met" if size <= MAX_INT8_SIZE_BYTES else "MISSED"
     return [
-        f"int8 accuracy is {drop:.2f} points below float32 (target at most "
-        f"{MAX_INT8_ACCURACY_DROP_POINTS}): {drop_verdict}",
+        f"int8 accuracy minus float32 accuracy: {-drop:+.2f} points (target: at most "
+        f"{MAX_INT8_ACCURACY_DROP_POINTS} point below): {drop_verdict}",
         f"int8 file is {size:,} bytes (target at most {MAX_INT8_SIZE_BYTES:,}): {size_verdict}",
     ]
 
