@@ -1,7 +1,8 @@
-"""Command-line entry point: compile the pipeline to YAML, or run it on this machine.
+"""Command-line entry point: compile the pipeline to YAML, run it here, or submit it to a cluster.
 
     python -m pipelines.cli compile [--image IMAGE] [--output FILE]
     python -m pipelines.cli run --bucket BUCKET [--source URI] [--backbone URI] [--set NAME=VALUE ...]
+    python -m pipelines.cli submit --host URL --bucket gs://BUCKET/PREFIX [--image IMAGE] [--set ...]
 """
 
 from __future__ import annotations
@@ -130,47 +131,105 @@ def report_champion(*, bucket: str, model_name: str) -> None:
     logger.info("champion of %s in %s: %s", model_name, bucket, json.dumps(champion, sort_keys=True))
 
 
+def submit_to_cluster(
+    *,
+    host: str,
+    arguments: dict[str, object],
+    image: str,
+    experiment: str,
+    run_name: str = "",
+    namespace: str = "",
+) -> str:
+    """Compile the pipeline for image and start a run on the Kubeflow Pipelines API at host.
+
+    Returns the run's id. Every step then runs on the cluster, so the bucket, the source and the
+    backbone must be URIs that the cluster's pods can reach: a local path is rejected here.
+    """
+    import tempfile
+
+    from kfp import Client
+
+    for name in ("bucket", "source_uri", "backbone_uri"):
+        value = str(arguments.get(name, ""))
+        if value and "://" not in value:
+            raise SystemExit(
+                f"{name}={value!r} is a local path, which pods on the cluster cannot read or write: "
+                "use a gs:// URI (or https:// for a source or backbone)"
+            )
+    validate_arguments(arguments)
+
+    with tempfile.TemporaryDirectory(prefix="flower-pipeline-") as folder:
+        package = compile_pipeline(output=Path(folder) / "pipeline.yaml", image=image)
+        client = Client(host=host, namespace=namespace or "kubeflow")
+        result = client.create_run_from_pipeline_package(
+            str(package),
+            arguments=arguments,
+            run_name=run_name or None,
+            experiment_name=experiment,
+            namespace=namespace or None,
+        )
+    logger.info("submitted run %s to %s in experiment %s", result.run_id, host, experiment)
+    return result.run_id
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flower-pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    image_help = (
+        "component image with this project installed (default: $FLOWER_PIPELINE_IMAGE, else "
+        "the pipeline's default name)"
+    )
 
     compile_command = commands.add_parser("compile", help="compile the pipeline to KFP v2 YAML")
     compile_command.add_argument("--output", default=str(DEFAULT_YAML), help="YAML file to write")
-    compile_command.add_argument(
-        "--image",
-        default=os.environ.get("FLOWER_PIPELINE_IMAGE", "") or None,
-        help="component image with this project installed (default: $FLOWER_PIPELINE_IMAGE, else "
-        "the pipeline's default name)",
-    )
+    compile_command.add_argument("--image", default=os.environ.get("FLOWER_PIPELINE_IMAGE") or None, help=image_help)
 
     run_command = commands.add_parser("run", help="run the pipeline on this machine (KFP local runner)")
-    run_command.add_argument("--bucket", required=True, help="gs://bucket/prefix or a local folder to promote into")
-    run_command.add_argument("--source", help="photo archive or folder URI (default: the public flowers archive)")
-    run_command.add_argument("--backbone", help="backbone URI for the model spec (default: the spec's TF Hub handle)")
+    _add_run_arguments(run_command, bucket_help="gs://bucket/prefix or a local folder to promote into")
     run_command.add_argument("--pipeline-root", default=str(DEFAULT_PIPELINE_ROOT), help="folder for step outputs")
-    run_command.add_argument(
+
+    submit_command = commands.add_parser("submit", help="start a run on a Kubeflow Pipelines cluster")
+    _add_run_arguments(submit_command, bucket_help="gs://bucket/prefix to promote into")
+    submit_command.add_argument("--host", required=True, help="Kubeflow Pipelines API endpoint, e.g. https://kfp.example.com/pipeline")
+    submit_command.add_argument("--image", default=os.environ.get("FLOWER_PIPELINE_IMAGE") or None, help=image_help)
+    submit_command.add_argument("--experiment", default="flower-classifier", help="experiment to file the run under")
+    submit_command.add_argument("--run-name", default="", help="display name of the run (default: generated)")
+    submit_command.add_argument("--namespace", default="", help="Kubernetes namespace of a multi-user deployment")
+    return parser
+
+
+def _add_run_arguments(command: argparse.ArgumentParser, *, bucket_help: str) -> None:
+    command.add_argument("--bucket", required=True, help=bucket_help)
+    command.add_argument("--source", help="photo archive or folder URI (default: the public flowers archive)")
+    command.add_argument("--backbone", help="backbone URI for the model spec (default: the spec's TF Hub handle)")
+    command.add_argument(
         "--set", dest="assignments", action="append", default=[], metavar="NAME=VALUE",
         help="any other pipeline parameter, e.g. --set epochs=10 --set tune_head=true",
     )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from pipelines.pipeline import DEFAULT_IMAGE
 
     if args.command == "compile":
-        from pipelines.pipeline import DEFAULT_IMAGE
-
         compile_pipeline(output=args.output, image=args.image or DEFAULT_IMAGE)
         return 0
 
+    local_paths = args.command == "run"
     arguments = parse_assignments(args.assignments)
-    arguments["bucket"] = _absolute_if_local(args.bucket)
-    if args.source:
-        arguments["source_uri"] = _absolute_if_local(args.source)
-    if args.backbone:
-        arguments["backbone_uri"] = _absolute_if_local(args.backbone)
+    for name, value in (("bucket", args.bucket), ("source_uri", args.source), ("backbone_uri", args.backbone)):
+        if value:
+            arguments[name] = _absolute_if_local(value) if local_paths else value
+
+    if args.command == "submit":
+        submit_to_cluster(
+            host=args.host, arguments=arguments, image=args.image or DEFAULT_IMAGE,
+            experiment=args.experiment, run_name=args.run_name, namespace=args.namespace,
+        )
+        return 0
+
     run_locally(arguments=arguments, pipeline_root=args.pipeline_root)
     model_name = arguments.get("model_name", pipeline_parameters()["model_name"].default)
     report_champion(bucket=arguments["bucket"], model_name=str(model_name))
