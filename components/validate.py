@@ -22,9 +22,37 @@ def validate_bucket(bucket: str) -> None:
     storage.join(bucket, "champion.json")  # raises ValueError naming a malformed gs:// URI
 
 
+def validate_source(source_uri: str) -> None:
+    """Raise ValueError unless the source archive or folder exists; https:// is not checked."""
+    if source_uri.lower().startswith(("https://", "http://")):
+        return  # a HEAD request proves little: some servers reject it but serve the file
+    if storage.is_local(source_uri):
+        if not storage.to_local_path(source_uri).exists():
+            raise ValueError(f"source_uri {source_uri!r} not found: pass an existing archive file or folder")
+        return
+    if not storage.exists(source_uri) and not storage.list_uris(source_uri):
+        raise ValueError(
+            f"source_uri {source_uri!r} not found: no object and no folder of that name; check the "
+            "bucket and path"
+        )
+
+
+def validate_backbone(backbone_uri: str) -> None:
+    """Raise ValueError unless a local or gs:// backbone folder holds a SavedModel."""
+    if not backbone_uri or backbone_uri.lower().startswith(("https://", "http://")):
+        return  # a TF Hub or Kaggle handle is resolved by tensorflow_hub when training starts
+    saved_model = storage.join(backbone_uri, model_spec.SAVED_MODEL_FILE)
+    if not storage.exists(saved_model):
+        raise ValueError(
+            f"backbone_uri {backbone_uri!r} has no {model_spec.SAVED_MODEL_FILE}: point it at the "
+            "folder of a TF2 SavedModel in the TF Hub image feature-vector form"
+        )
+
+
 def validate_parameters(
     *,
     bucket: str,
+    source_uri: str,
     train_fraction: float,
     validation_fraction: float,
     test_fraction: float,
@@ -53,11 +81,16 @@ def validate_parameters(
     spec = model_spec.get_model_spec(model_spec_name, backbone_uri=backbone_uri, input_size=input_size)
     train_options.validate_train_options(options)
     export.parse_quantization(quantization)
+
+    # Checked last, because these two touch storage and the checks above are free.
+    validate_source(source_uri)
+    validate_backbone(backbone_uri)
     return spec
 
 
 def validate_component(
     bucket: str,
+    source_uri: str,
     train_fraction: float,
     validation_fraction: float,
     test_fraction: float,
@@ -103,6 +136,7 @@ def validate_component(
     )
     spec = step.validate_parameters(
         bucket=bucket,
+        source_uri=source_uri,
         train_fraction=train_fraction,
         validation_fraction=validation_fraction,
         test_fraction=test_fraction,

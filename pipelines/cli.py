@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -23,6 +24,7 @@ logger = logging.getLogger("pipelines.cli")
 
 DEFAULT_YAML = Path(__file__).resolve().parent / "flower_classifier.yaml"
 DEFAULT_PIPELINE_ROOT = Path("build") / "local_outputs"
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def compile_pipeline(*, output: str | Path, image: str) -> Path:
@@ -120,15 +122,37 @@ def validate_arguments(arguments: dict[str, object]) -> None:
     validate.validate_component(**{name: values[name] for name in names})
 
 
-def report_champion(*, bucket: str, model_name: str) -> None:
-    """Log the bucket's champion pointer after a run."""
+def report_outcome(*, pipeline_root: str | Path, started_at: float, bucket: str, model_name: str) -> None:
+    """Log whether the run just finished promoted its model, and the champion now in the bucket."""
     from components import gate
 
+    decision = _latest_decision(Path(pipeline_root), started_at=started_at)
     champion = gate.read_champion(bucket=bucket, model_name=model_name)
-    if champion is None:
-        logger.info("no champion in %s for %s: nothing was promoted", bucket, model_name)
-        return
-    logger.info("champion of %s in %s: %s", model_name, bucket, json.dumps(champion, sort_keys=True))
+    champion_text = json.dumps(champion, sort_keys=True) if champion else "none"
+    if decision is None:
+        logger.warning("no gate decision found under %s; champion of %s: %s", pipeline_root, model_name, champion_text)
+    elif decision.passed:
+        logger.info("the gate passed (%s); champion of %s in %s: %s",
+                    _reasons(decision), model_name, bucket, champion_text)
+    else:
+        logger.warning("NOT PROMOTED: the gate rejected this run's model (%s); the champion of %s in %s "
+                       "stays %s", _reasons(decision), model_name, bucket, champion_text)
+
+
+def _latest_decision(pipeline_root: Path, *, started_at: float):
+    from components import gate
+
+    candidates = [
+        path for path in pipeline_root.glob(f"*/gate-component/decision/{gate.DECISION_FILE}")
+        if path.stat().st_mtime >= started_at
+    ]
+    if not candidates:
+        return None
+    return gate.read_decision(max(candidates, key=lambda path: path.stat().st_mtime).parent)
+
+
+def _reasons(decision) -> str:
+    return "; ".join(check.reason for check in decision.checks)
 
 
 def submit_to_cluster(
@@ -186,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_command = commands.add_parser("run", help="run the pipeline on this machine (KFP local runner)")
     _add_run_arguments(run_command, bucket_help="gs://bucket/prefix or a local folder to promote into")
-    run_command.add_argument("--pipeline-root", default=str(DEFAULT_PIPELINE_ROOT), help="folder for step outputs")
+    run_command.add_argument("--pipeline-root", default=str(DEFAULT_PIPELINE_ROOT), help="folder for step outputs (default: %(default)s)")
 
     submit_command = commands.add_parser("submit", help="start a run on a Kubeflow Pipelines cluster")
     _add_run_arguments(submit_command, bucket_help="gs://bucket/prefix to promote into")
@@ -204,13 +228,28 @@ def _add_run_arguments(command: argparse.ArgumentParser, *, bucket_help: str) ->
     command.add_argument("--backbone", help="backbone URI for the model spec (default: the spec's TF Hub handle)")
     command.add_argument(
         "--set", dest="assignments", action="append", default=[], metavar="NAME=VALUE",
-        help="any other pipeline parameter, e.g. --set epochs=10 --set tune_head=true",
+        help="any other pipeline parameter, e.g. --set epochs=10 --set tune_head=true; the README lists them",
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    try:
+        return _run_command(args)
+    except ValueError as error:
+        # Invalid parameters: the message names the value and the fix, so a traceback adds nothing.
+        logger.error("%s", error)
+        return 2
+    except RuntimeError as error:
+        if "finished with status" not in str(error):
+            raise
+        # The local runner's message names the failed step; that step's own error is in its log.
+        logger.error("%s See the failed step's error in its log above.", _ANSI_ESCAPE.sub("", str(error)))
+        return 1
+
+
+def _run_command(args: argparse.Namespace) -> int:
     from pipelines.pipeline import DEFAULT_IMAGE
 
     if args.command == "compile":
@@ -230,9 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
+    started_at = time.time()
     run_locally(arguments=arguments, pipeline_root=args.pipeline_root)
     model_name = arguments.get("model_name", pipeline_parameters()["model_name"].default)
-    report_champion(bucket=arguments["bucket"], model_name=str(model_name))
+    report_outcome(pipeline_root=args.pipeline_root, started_at=started_at, bucket=str(arguments["bucket"]),
+                   model_name=str(model_name))
     return 0
 
 

@@ -82,6 +82,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
     ):
         checked = ops["validate"](
             bucket=bucket,
+            source_uri=source_uri,
             train_fraction=train_fraction,
             validation_fraction=validation_fraction,
             test_fraction=test_fraction,

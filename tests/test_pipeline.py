@@ -1,6 +1,7 @@
 """The pipeline compiled to YAML, its command line, and whole runs on the KFP local runner."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -89,13 +90,38 @@ def test_cli_set_rejects_bad_boolean():
         cli.parse_assignments(["tune_head=yes"])
 
 
-def test_cli_run_rejects_bad_value_before_work(tmp_path):
+def test_cli_run_rejects_bad_value_before_work(tmp_path, caplog):
     pipeline_root = tmp_path / "outputs"
 
-    with pytest.raises(ValueError, match=r"epochs=0 is out of range"):
-        cli.main(["run", "--bucket", str(tmp_path / "bucket"), "--pipeline-root", str(pipeline_root),
-                  "--set", "epochs=0"])
+    status = cli.main(["run", "--bucket", str(tmp_path / "bucket"), "--pipeline-root", str(pipeline_root),
+                       "--set", "epochs=0"])
+
+    assert status == 2
+    assert "epochs=0 is out of range" in caplog.text
     assert not pipeline_root.exists()
+
+
+def test_cli_run_rejects_missing_source_before_work(tmp_path, caplog):
+    pipeline_root = tmp_path / "outputs"
+    missing = tmp_path / "no_such_archive.tgz"
+
+    status = cli.main(["run", "--bucket", str(tmp_path / "bucket"), "--pipeline-root", str(pipeline_root),
+                       "--source", str(missing)])
+
+    assert status == 2
+    assert f"source_uri '{missing}' not found: pass an existing archive file or folder" in caplog.text
+    assert not pipeline_root.exists()
+
+
+def test_cli_run_rejects_backbone_without_saved_model(tmp_path, caplog, mini_archive):
+    empty_backbone = tmp_path / "backbone"
+    empty_backbone.mkdir()
+
+    status = cli.main(["run", "--bucket", str(tmp_path / "bucket"), "--pipeline-root", str(tmp_path / "outputs"),
+                       "--source", str(mini_archive), "--backbone", str(empty_backbone)])
+
+    assert status == 2
+    assert f"backbone_uri '{empty_backbone}' has no saved_model.pb" in caplog.text
 
 
 def _run_arguments(tmp_path: Path, **overrides) -> dict:
@@ -127,7 +153,7 @@ def _decision(pipeline_root: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_pipeline_promotes_then_gate_blocks(gcs_server, tmp_path):
+def test_pipeline_promotes_then_gate_blocks(gcs_server, tmp_path, caplog):
     # The source is the real default URI, served by the emulator from the mini archive.
     pipeline_root = tmp_path / "outputs"
     bucket = tmp_path / "bucket"
@@ -147,6 +173,7 @@ def test_pipeline_promotes_then_gate_blocks(gcs_server, tmp_path):
     assert accuracy < 1.0, "the tiny random backbone should not classify every test photo right"
 
     # Same inputs with the cache on: only the gate runs again, and it must take the other branch.
+    second_run_started = time.time()
     cli.run_locally(arguments=_run_arguments(tmp_path, min_accuracy=1.0), pipeline_root=pipeline_root,
                     enable_caching=True)
 
@@ -154,3 +181,7 @@ def test_pipeline_promotes_then_gate_blocks(gcs_server, tmp_path):
     assert _versions(bucket) == versions
     unchanged = json.loads((bucket / "flower-classifier" / "champion.json").read_text())
     assert unchanged == champion
+    cli.report_outcome(pipeline_root=pipeline_root, started_at=second_run_started, bucket=str(bucket),
+                       model_name="flower-classifier")
+    assert "NOT PROMOTED: the gate rejected this run's model" in caplog.text
+    assert "< min_accuracy 1.000" in caplog.text
