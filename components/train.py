@@ -50,7 +50,9 @@ class TrainResult:
     model_dir: str
     report_path: str
     labels: list[str]
-    history: dict[str, list[float]]  # loss, accuracy, val_loss, val_accuracy, one value per epoch
+    # loss, accuracy, val_loss, val_accuracy, one value per epoch. With tune_head, the head trains on
+    # train + validation, so val_loss and val_accuracy are the chosen grid point's cross-validation.
+    history: dict[str, list[float]]
     hyperparameters: dict[str, Any]  # the options the saved model was trained with, after tuning
     trials: list[tuning.TuningTrial]
     used_feature_cache: bool
@@ -127,24 +129,21 @@ def _fit_on_features(
             features_spilled=train_set.spilled or validation_set.spilled,
             feature_seconds=time.perf_counter() - started,
         )
-        feature_dim = train_set.features.shape[1]
         if options.tune_head:
+            _fit_tuned_head(outcome, backbone, train_set, validation_set, input_size=input_size)
+        else:
             started = time.perf_counter()
-            outcome.trials, outcome.options = _tune(train_set, validation_set, options=options)
-            outcome.tuning_seconds = time.perf_counter() - started
-
-        started = time.perf_counter()
-        dropout, dense = classifier.build_head_layers(num_classes, outcome.options)
-        outcome.model = classifier.build_classifier(
-            backbone, input_size=input_size, dropout=dropout, dense=dense
-        )
-        head = classifier.build_head_model(feature_dim, dropout=dropout, dense=dense)
-        classifier.compile_for_training(head, outcome.options)
-        outcome.history = features.fit_head(
-            head, train_set, validation_set,
-            epochs=outcome.options.epochs, batch_size=options.batch_size, seed=options.seed,
-        )
-        outcome.fit_seconds = time.perf_counter() - started
+            dropout, dense = classifier.build_head_layers(num_classes, options)
+            outcome.model = classifier.build_classifier(
+                backbone, input_size=input_size, dropout=dropout, dense=dense
+            )
+            head = classifier.build_head_model(train_set.features.shape[1], dropout=dropout, dense=dense)
+            classifier.compile_for_training(head, options)
+            outcome.history = features.fit_head(
+                head, train_set, validation_set,
+                epochs=options.epochs, batch_size=options.batch_size, seed=options.seed,
+            )
+            outcome.fit_seconds = time.perf_counter() - started
     return outcome
 
 
@@ -165,16 +164,23 @@ def _extract_feature_sets(
     )
 
 
-def _tune(
-    train_set: features.FeatureSet, validation_set: features.FeatureSet, *, options: TrainOptions
-) -> tuple[list[tuning.TuningTrial], TrainOptions]:
-    trials = tuning.tune_head(train_set, validation_set, options=options)
-    best = tuning.best_trial(trials)
-    logger.info("head tuning chose %s out of %s trials", best, len(trials))
-    chosen = dataclasses.replace(
-        options, learning_rate=best.learning_rate, epochs=best.epochs, dropout_rate=best.dropout_rate
-    )
-    return trials, chosen
+def _fit_tuned_head(
+    outcome: _FitOutcome, backbone: tf_keras.layers.Layer, train_set: features.FeatureSet,
+    validation_set: features.FeatureSet, *, input_size: tuple[int, int],
+) -> None:
+    """Choose the head by cross-validation and put the final head, trained on train + validation, in outcome.
+
+    outcome.history then has the final head's training curves as loss and accuracy, and the chosen
+    grid point's cross-validated scores as val_loss and val_accuracy.
+    """
+    tuned = tuning.tune_head(train_set, validation_set, options=outcome.options)
+    outcome.trials, outcome.options = tuned.trials, tuned.options
+    outcome.tuning_seconds, outcome.fit_seconds = tuned.cv_seconds, tuned.final_fit_seconds
+    outcome.history = tuned.head.history
+
+    dropout, dense = classifier.build_head_layers(train_set.onehot_labels.shape[1], tuned.options)
+    outcome.model = classifier.build_classifier(backbone, input_size=input_size, dropout=dropout, dense=dense)
+    dense.set_weights([tuned.head.kernel, tuned.head.bias])
 
 
 def _fit_end_to_end(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import tarfile
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import tf_keras
 from kfp import dsl
 from PIL import Image
 
-from components import artifacts, features, train, training_data, tuning
+from components import artifacts, classifier, features, train, training_data, tuning
 from components.model_spec import get_model_spec
 from components.train_options import TrainOptions, validate_train_options
 from tests.conftest import MINI_ARCHIVE
@@ -330,34 +331,189 @@ def test_augment_image_repeats_per_seed(splits):
     assert not np.array_equal(first, augment([1, 3]))
 
 
-@pytest.mark.slow
-def test_tuning_records_trials_and_keeps_best(splits, backbone_dir, tmp_path, monkeypatch):
-    # A smaller grid of the same shape keeps the test fast.
-    monkeypatch.setattr(tuning, "LEARNING_RATES", (0.001, 0.1))
-    monkeypatch.setattr(tuning, "EPOCH_COUNTS", (1, 3))
-    monkeypatch.setattr(tuning, "DROPOUT_RATES", (0.0, 0.5))
-    result = run_train(splits, tmp_path, tiny_spec(backbone_dir), tune_head=True)
-    assert len(result.trials) == 8
-    assert {(t.learning_rate, t.epochs, t.dropout_rate) for t in result.trials} == {
-        (lr, epochs, dropout) for lr in (0.001, 0.1) for epochs in (1, 3) for dropout in (0.0, 0.5)
-    }
+SMALL_GRID = {
+    "LEARNING_RATES": (0.001, 0.1),
+    "EPOCH_COUNTS": (1, 3),
+    "DROPOUT_RATES": (0.0, 0.5),
+    "L2_REGULARIZATIONS": (0.0001,),
+    "LABEL_SMOOTHINGS": (0.0, 0.1),
+}
+
+
+@pytest.fixture
+def small_grid(monkeypatch):
+    """A 2 x 2 x 2 x 1 x 2 grid of the same shape as the real one, with 3 folds, to keep tests fast."""
+    for name, values in SMALL_GRID.items():
+        monkeypatch.setattr(tuning, name, values)
+    monkeypatch.setattr(tuning, "NUM_FOLDS", 3)
+
+
+def synthetic_features(num_rows: int, *, seed: int, num_classes: int = 3, feature_dim: int = 6):
+    """Features in [0, 1] around one center per class, with balanced one-hot labels."""
+    rng = np.random.default_rng(seed)
+    class_ids = np.arange(num_rows) % num_classes
+    centers = rng.uniform(0.2, 0.8, size=(num_classes, feature_dim))
+    values = np.clip(centers[class_ids] + rng.normal(0.0, 0.15, size=(num_rows, feature_dim)), 0.0, 1.0)
+    return values.astype(np.float32), np.eye(num_classes, dtype=np.float32)[class_ids]
+
+
+def test_stratified_folds_balance_classes():
+    _, labels = synthetic_features(23, seed=0)
+    fold_ids = tuning.stratified_folds(labels, num_folds=4, seed=5)
+    assert sorted(set(fold_ids)) == [0, 1, 2, 3]
+    fold_sizes = np.bincount(fold_ids)
+    assert fold_sizes.max() - fold_sizes.min() <= 1
+    for class_id in range(3):
+        per_fold = np.bincount(fold_ids[labels[:, class_id] == 1], minlength=4)
+        assert per_fold.max() - per_fold.min() <= 1, class_id
+
+
+def test_stratified_folds_repeat_per_seed():
+    _, labels = synthetic_features(30, seed=0)
+    first = tuning.stratified_folds(labels, num_folds=5, seed=1)
+    np.testing.assert_array_equal(first, tuning.stratified_folds(labels, num_folds=5, seed=1))
+    assert not np.array_equal(first, tuning.stratified_folds(labels, num_folds=5, seed=2))
+
+
+def test_stratified_folds_rejects_too_many_folds():
+    _, labels = synthetic_features(4, seed=0)
+    with pytest.raises(ValueError, match=r"num_folds=5 is invalid for 4 photos: expected 2 <= num_folds"):
+        tuning.stratified_folds(labels, num_folds=5, seed=0)
+
+
+def test_fold_rows_hold_out_each_row_once():
+    _, labels = synthetic_features(31, seed=0)
+    train_rows, heldout_rows = tuning.fold_rows(labels, num_folds=5, seed=0)
+    assert len(train_rows) == len(heldout_rows) == 5
+    assert sorted(np.concatenate(heldout_rows).tolist()) == list(range(31))
+    for train_part, heldout_part in zip(train_rows, heldout_rows):
+        assert sorted([*train_part, *heldout_part]) == list(range(31))
+
+
+def test_final_head_matches_keras_fit():
+    # 40 rows in batches of 16 end each epoch with a partial batch of 8.
+    values, labels = synthetic_features(40, seed=1)
+    options = TrainOptions(epochs=3, batch_size=16, learning_rate=0.05, dropout_rate=0.0,
+                           l2_regularization=0.001, label_smoothing=0.1, seed=4)
+    fast = tuning.fit_final_head(values, labels, options=options)
+
+    keras_head = classifier.build_head(3, feature_dim=6, options=options)
+    all_rows = features.FeatureSet(values, labels)
+    history = features.fit_head(keras_head, all_rows, all_rows, epochs=3, batch_size=16, seed=4)
+    kernel, bias = keras_head.layers[-1].get_weights()
+    np.testing.assert_allclose(fast.kernel, kernel, atol=1e-5)
+    np.testing.assert_allclose(fast.bias, bias, atol=1e-5)
+    np.testing.assert_allclose(fast.history["loss"], history["loss"], atol=1e-5)
+    np.testing.assert_allclose(fast.history["accuracy"], history["accuracy"], atol=1e-6)
+
+
+def test_head_groups_train_as_if_alone():
+    # With batch 16, group 0 (33 rows) takes 3 steps per epoch and group 1 (20 rows) takes 2.
+    values, labels = synthetic_features(60, seed=2)
+    options = TrainOptions(batch_size=16, seed=0)
+    groups = tuning._HeadGroups((0.0, 0.5), (0.01, 0.1), (0.0001, 0.01), (0.1, 0.0))
+    row_lists = [np.arange(33), np.arange(33, 53)]
+    heldout = [np.arange(53, 60), np.arange(53, 60)]
+    together = tuning.train_head_groups(
+        values, labels, train_rows=row_lists, heldout_rows=heldout, groups=groups, epochs=2, options=options)
+    for group, rows in enumerate(row_lists):
+        alone = tuning.train_head_groups(
+            values, labels, train_rows=[rows], heldout_rows=[heldout[group]], groups=groups, epochs=2,
+            options=options)
+        np.testing.assert_allclose(together.kernel[group], alone.kernel[0], atol=1e-6)
+        np.testing.assert_allclose(together.heldout_loss_sum[:, group], alone.heldout_loss_sum[:, 0], atol=1e-5)
+
+
+def test_head_groups_differ_by_hyperparameter():
+    values, labels = synthetic_features(40, seed=2)
+    groups = tuning._HeadGroups((0.0, 0.5), (0.01, 0.1), (0.0001, 0.0001), (0.1, 0.1))
+    totals = tuning.train_head_groups(
+        values, labels, train_rows=[np.arange(32)], heldout_rows=[np.arange(32, 40)], groups=groups,
+        epochs=1, options=TrainOptions(batch_size=16))
+    assert not np.allclose(totals.kernel[0, 0, 0], totals.kernel[0, 1, 0])
+    assert not np.allclose(totals.kernel[0, 0, 0], totals.kernel[0, 0, 1])
+
+
+def test_tune_head_repeats_per_seed(small_grid):
+    train_values, train_labels = synthetic_features(48, seed=3)
+    validation_values, validation_labels = synthetic_features(12, seed=4)
+    train_set = features.FeatureSet(train_values, train_labels)
+    validation_set = features.FeatureSet(validation_values, validation_labels)
+    options = TrainOptions(batch_size=16, tune_head=True)
+    first = tuning.tune_head(train_set, validation_set, options=options)
+    second = tuning.tune_head(train_set, validation_set, options=options)
+    assert first.trials == second.trials
+    np.testing.assert_array_equal(first.head.kernel, second.head.kernel)
+
+
+def test_tune_head_scores_train_and_validation(small_grid):
+    train_values, train_labels = synthetic_features(48, seed=3)
+    validation_values, validation_labels = synthetic_features(12, seed=4)
+    result = tuning.tune_head(
+        features.FeatureSet(train_values, train_labels),
+        features.FeatureSet(validation_values, validation_labels),
+        options=TrainOptions(batch_size=16, tune_head=True),
+    )
+    assert len(result.trials) == 16
+    # Pooled over the 60 held-out rows, every accuracy is a whole number of photos out of 60.
+    for trial in result.trials:
+        assert trial.cv_accuracy * 60 == pytest.approx(round(trial.cv_accuracy * 60), abs=1e-6)
     best = tuning.best_trial(result.trials)
-    assert best.val_accuracy == max(trial.val_accuracy for trial in result.trials)
-    chosen = tuple(result.hyperparameters[name] for name in ("learning_rate", "epochs", "dropout_rate"))
-    assert chosen == (best.learning_rate, best.epochs, best.dropout_rate)
+    assert result.head.history["val_accuracy"][-1] == best.cv_accuracy
+    assert len(result.head.history["loss"]) == best.epochs
+
+
+def test_tune_head_fits_final_head_on_both_splits(small_grid):
+    train_values, train_labels = synthetic_features(48, seed=3)
+    validation_values, validation_labels = synthetic_features(12, seed=4)
+    result = tuning.tune_head(
+        features.FeatureSet(train_values, train_labels),
+        features.FeatureSet(validation_values, validation_labels),
+        options=TrainOptions(batch_size=16, tune_head=True),
+    )
+    both = tuning.fit_final_head(
+        np.concatenate([train_values, validation_values]), np.concatenate([train_labels, validation_labels]),
+        options=result.options,
+    )
+    train_only = tuning.fit_final_head(train_values, train_labels, options=result.options)
+    np.testing.assert_array_equal(result.head.kernel, both.kernel)
+    assert not np.allclose(result.head.kernel, train_only.kernel)
+
+
+@pytest.mark.slow
+def test_tuning_records_trials_and_keeps_best(splits, backbone_dir, tmp_path, small_grid):
+    result = run_train(splits, tmp_path, tiny_spec(backbone_dir), tune_head=True)
+    assert len(result.trials) == 16
+    grid_points = {
+        (t.learning_rate, t.epochs, t.dropout_rate, t.l2_regularization, t.label_smoothing) for t in result.trials
+    }
+    assert grid_points == set(itertools.product(*SMALL_GRID.values()))
+    best = tuning.best_trial(result.trials)
+    assert best.cv_accuracy == max(trial.cv_accuracy for trial in result.trials)
+    names = ("learning_rate", "epochs", "dropout_rate", "l2_regularization", "label_smoothing")
+    chosen = tuple(result.hyperparameters[name] for name in names)
+    assert chosen == (best.learning_rate, best.epochs, best.dropout_rate, best.l2_regularization,
+                      best.label_smoothing)
     assert len(result.history["loss"]) == best.epochs
-    assert result.history["val_accuracy"][-1] == pytest.approx(best.val_accuracy)
-    assert "trial_8_val_accuracy" in train.metric_values(result)
-    assert Path(result.report_path).read_text(encoding="utf-8").count("| chosen |") == 1
+    assert result.history["val_accuracy"][-1] == pytest.approx(best.cv_accuracy)
+    assert "trial_16_cv_accuracy" in train.metric_values(result)
 
 
 def test_best_trial_breaks_ties_by_loss():
     trials = [
-        tuning.TuningTrial(0.001, 5, 0.0, val_accuracy=0.9, val_loss=0.5, seconds=1.0),
-        tuning.TuningTrial(0.005, 5, 0.0, val_accuracy=0.9, val_loss=0.4, seconds=1.0),
-        tuning.TuningTrial(0.01, 5, 0.0, val_accuracy=0.8, val_loss=0.1, seconds=1.0),
+        tuning.TuningTrial(0.001, 5, 0.0, 0.0001, 0.1, cv_accuracy=0.9, cv_loss=0.5),
+        tuning.TuningTrial(0.005, 5, 0.0, 0.0001, 0.1, cv_accuracy=0.9, cv_loss=0.4),
+        tuning.TuningTrial(0.01, 5, 0.0, 0.0001, 0.1, cv_accuracy=0.8, cv_loss=0.1),
     ]
     assert tuning.best_trial(trials) is trials[1]
+
+
+def test_best_trial_breaks_full_ties_by_grid_order():
+    trials = [
+        tuning.TuningTrial(0.01, 5, 0.0, 0.0001, 0.1, cv_accuracy=0.9, cv_loss=0.4),
+        tuning.TuningTrial(0.001, 5, 0.0, 0.0001, 0.1, cv_accuracy=0.9, cv_loss=0.4),
+    ]
+    assert tuning.best_trial(trials) is trials[0]
 
 
 def test_best_trial_rejects_empty_grid():
