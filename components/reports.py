@@ -104,15 +104,18 @@ def _training_path_sentence(result: TrainResult) -> str:
 
 
 def _trials_section(result: TrainResult) -> str:
-    chosen = (result.hyperparameters["learning_rate"], result.hyperparameters["epochs"],
-              result.hyperparameters["dropout_rate"])
+    from components.tuning import NUM_FOLDS  # imported here: tuning loads TensorFlow
+
+    grid_names = ("learning_rate", "epochs", "dropout_rate", "l2_regularization", "label_smoothing")
+    chosen = tuple(result.hyperparameters[name] for name in grid_names)
     rows = []
     for trial in result.trials:
         values = dataclasses.asdict(trial)
-        is_chosen = (trial.learning_rate, trial.epochs, trial.dropout_rate) == chosen
+        is_chosen = tuple(values[name] for name in grid_names) == chosen
         rows.append([*values.values(), "chosen" if is_chosen else ""])
     headers = [*dataclasses.asdict(result.trials[0]).keys(), ""]
     return (
-        "Each trial trains the head on the stored features and is judged on the validation split; "
-        "trials that differ only in epochs share one run.\n\n" + markdown_table(headers, rows)
+        f"Each trial trains the head on the stored features and is judged by {NUM_FOLDS}-fold "
+        "cross-validation over the train and validation photos together; the chosen head is then "
+        "trained on both.\n\n" + markdown_table(headers, rows)
     )

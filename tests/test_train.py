@@ -497,6 +497,8 @@ def test_tuning_records_trials_and_keeps_best(splits, backbone_dir, tmp_path, sm
     assert len(result.history["loss"]) == best.epochs
     assert result.history["val_accuracy"][-1] == pytest.approx(best.cv_accuracy)
     assert "trial_16_cv_accuracy" in train.metric_values(result)
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert report.count("| chosen |") == 1
 
 
 def test_best_trial_breaks_ties_by_loss():
