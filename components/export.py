@@ -211,7 +211,10 @@ def pin_pixel_input_quantization(tflite_model: bytes) -> bytes:
 
 
 def compute_version(tflite_model: bytes, *, now: datetime.datetime | None = None) -> str:
-    """Name a model version by UTC time and the first 8 hex digits of the model's sha256."""
+    """Name a model version by UTC time and the first 8 hex digits of tflite_model's sha256.
+
+    Export passes the model before its metadata is added, because the metadata holds the version.
+    """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     timestamp = now.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{timestamp}-{hashlib.sha256(tflite_model).hexdigest()[:8]}"
@@ -386,6 +389,7 @@ def export_component(
     metrics.log_metric("size_bytes", evaluation.size_bytes)
     metrics.log_metric("mean_latency_ms", evaluation.mean_latency_ms)
     metrics.log_metric("num_test_images", evaluation.num_images)
+    metrics.log_metric("latency_num_threads", evaluation.num_threads)
     logging.getLogger("components.export").info(
         "export %s %s: accuracy %.4f on %d test images, %d bytes, %.2f ms per image",
         info.quantization, info.version, evaluation.accuracy, evaluation.num_images,

@@ -44,6 +44,12 @@ CLASS_COUNTS_KEY = "class_counts"
 SPLIT_FRACTIONS_KEY = "fractions"
 SPLIT_SEED_KEY = "seed"
 
+# Settings that change how fast training runs or where it keeps data, not the trained model.
+PERFORMANCE_SETTINGS = ("cache_features", "feature_memory_bytes", "feature_spill_dir")
+PER_CLASS_METRICS = ("precision", "recall", "f1")
+# z for a two-sided 95% interval, used in the Wilson score interval of the test accuracy.
+Z_95 = 1.959964
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelCardInputs:
@@ -103,17 +109,44 @@ def render_model_card(
     packages: dict[str, str],
 ) -> str:
     """Render the model card of one version as Markdown text."""
+    labels = sorted((card.ingest_report.get(CLASS_COUNTS_KEY) or {}).keys())
+    hyperparameters = {
+        name: value for name, value in card.model_info.hyperparameters.items() if name not in PERFORMANCE_SETTINGS
+    }
     sections = [
         f"# Model card: {model_name} {version}\n\nFiles: `{version_uri}`",
+        _use_section(labels, export_metrics),
         _data_section(card.ingest_report),
         _split_section(card.splits),
         _model_section(card.model_info, export_info),
-        _table("## Hyperparameters", ("name", "value"), card.model_info.hyperparameters.items()),
-        _metrics_section(export_metrics, card.evaluation_metrics),
+        _table("## Hyperparameters", ("name", "value"), hyperparameters.items()),
+        _metrics_section(export_metrics, card.evaluation_metrics, labels=labels, export_info=export_info),
         _decision_section(decision),
         _table("## Package versions", ("package", "version"), packages.items()),
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def accuracy_interval(accuracy: float, num_images: int) -> tuple[float, float]:
+    """Return the 95% Wilson score interval of an accuracy measured on num_images photos."""
+    if num_images <= 0:
+        return (0.0, 1.0)
+    denominator = 1 + Z_95**2 / num_images
+    center = (accuracy + Z_95**2 / (2 * num_images)) / denominator
+    half_width = Z_95 * ((accuracy * (1 - accuracy) / num_images + Z_95**2 / (4 * num_images**2)) ** 0.5)
+    half_width /= denominator
+    return (max(0.0, center - half_width), min(1.0, center + half_width))
+
+
+def _use_section(labels: list[str], export_metrics: dict) -> str:
+    num_images = int(export_metrics.get("num_test_images", 0))
+    return (
+        "## Intended use and limitations\n\n"
+        f"Classifies the main object of a photo as one of {len(labels)} classes: {', '.join(labels)}. "
+        "It has no 'other' class, so a photo of anything else still gets one of these labels. "
+        f"Its accuracy was measured on {num_images} test photos held out from the same source as the "
+        "training photos; on photos taken another way (camera, light, framing) it can be lower."
+    )
 
 
 def _data_section(ingest_report: dict) -> str:
@@ -137,8 +170,13 @@ def _split_section(splits: dict[str, dict]) -> str:
         (label, *(splits[name].get(CLASS_COUNTS_KEY, {}).get(label, 0) for name in names))
         for label in classes
     ]
+    fractions = first.get(SPLIT_FRACTIONS_KEY)
+    fractions_text = (
+        ", ".join(f"{name} {_inline(fractions[name])}" for name in SPLIT_NAMES if name in fractions)
+        if isinstance(fractions, dict) else NOT_RECORDED
+    )
     header = (
-        f"## Split\n\nFractions: {_inline(first.get(SPLIT_FRACTIONS_KEY, NOT_RECORDED))}\n\n"
+        f"## Split\n\nFractions: {fractions_text}, per class, by a seeded hash of each photo's content\n\n"
         f"Seed: {_inline(first.get(SPLIT_SEED_KEY, NOT_RECORDED))}"
     )
     return header + "\n\n" + _table(None, ("class", *names), rows)
@@ -159,18 +197,34 @@ def _model_section(model_info: ModelInfo, export_info: dict) -> str:
     return _table("## Model", ("property", "value"), rows)
 
 
-def _metrics_section(export_metrics: dict, evaluation_metrics: dict) -> str:
-    exported = _table(
-        "## Metrics\n\nOf the exported model.tflite on the test split:",
-        ("metric", "value"),
-        sorted(export_metrics.items()),
+def _metrics_section(export_metrics: dict, evaluation_metrics: dict, *, labels: list[str], export_info: dict) -> str:
+    accuracy = export_metrics.get("accuracy")
+    num_images = int(export_metrics.get("num_test_images", 0))
+    lines = ["## Metrics", ""]
+    if isinstance(accuracy, (int, float)):
+        low, high = accuracy_interval(float(accuracy), num_images)
+        lines.append(
+            f"The exported model.tflite classifies {_inline(accuracy)} of the {num_images} test photos "
+            f"right (95% interval {low:.3f} to {high:.3f}, Wilson score). This is the accuracy the gate judged."
+        )
+    threads = export_metrics.get("latency_num_threads")
+    input_dtype = export_info.get("input_dtype", NOT_RECORDED)
+    lines.append(
+        f"Latency: the mean of one {input_dtype} image per call of the LiteRT interpreter"
+        + (f" with {_inline(threads)} thread(s)" if threads is not None else "")
+        + " on the machine that ran the export step."
     )
-    evaluated = _table(
-        "Of the Keras model before export, on the test split:",
-        ("metric", "value"),
-        sorted(evaluation_metrics.items()),
-    )
-    return exported + "\n\n" + evaluated
+    exported = _table(None, ("metric", "value"), sorted(export_metrics.items()))
+
+    per_class_keys = {f"{metric}_{label}" for metric in PER_CLASS_METRICS for label in labels}
+    overall = sorted((name, value) for name, value in evaluation_metrics.items() if name not in per_class_keys)
+    per_class = [
+        (label, *(evaluation_metrics.get(f"{metric}_{label}", NOT_RECORDED) for metric in PER_CLASS_METRICS))
+        for label in labels
+    ]
+    evaluated = _table("Of the Keras model before export, on the same test photos:", ("metric", "value"), overall)
+    classes = _table(None, ("class", *PER_CLASS_METRICS), per_class)
+    return "\n".join(lines) + "\n\n" + exported + "\n\n" + evaluated + "\n\n" + classes
 
 
 def _decision_section(decision: Decision) -> str:

@@ -247,6 +247,51 @@ def test_model_card_folder_source_has_no_sha256():
     assert "| model.tflite sha256 | not recorded |" in text
 
 
+def test_model_card_explains_metrics_and_use():
+    card = make_card()
+    hyperparameters = {**card.model_info.hyperparameters, "feature_memory_bytes": 1024, "cache_features": True}
+    evaluation = {"accuracy": 0.9, "loss": 0.3, "top_2_accuracy": 1.0, "num_images": 10.0}
+    for index, label in enumerate(LABELS):
+        evaluation |= {f"precision_{label}": 0.5 + index / 10, f"recall_{label}": 0.75, f"f1_{label}": 0.6}
+
+    text = model_card.render_model_card(
+        model_name=MODEL_NAME,
+        version="v1",
+        version_uri="gs://models/flowers/versions/v1",
+        card=dataclasses.replace(
+            card,
+            evaluation_metrics=evaluation,
+            model_info=dataclasses.replace(card.model_info, hyperparameters=hyperparameters),
+        ),
+        export_info={"quantization": "int8", "input_dtype": "uint8"},
+        export_metrics={**export_metrics(0.9), "latency_num_threads": 1.0},
+        decision=gate.judge(accuracy=0.9, min_accuracy=MIN_ACCURACY, max_regression=MAX_REGRESSION, champion=None),
+        packages={"kfp": "2.17.3"},
+    )
+
+    assert f"one of {len(LABELS)} classes: {', '.join(sorted(LABELS))}" in text
+    assert "It has no 'other' class" in text
+    assert "classifies 0.9 of the 10 test photos right (95% interval 0.596 to 0.982, Wilson score)" in text
+    assert "one uint8 image per call of the LiteRT interpreter with 1 thread(s)" in text
+    assert "Fractions: train 0.8, validation 0.1, test 0.1, per class" in text
+    assert f"| {sorted(LABELS)[0]} | 0.5 | 0.75 | 0.6 |" in text
+    assert "| precision_" not in text
+    assert "feature_memory_bytes" not in text
+    assert "cache_features" not in text
+    assert "| epochs | 5 |" in text
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "num_images", "expected"),
+    [(0.9, 10, (0.596, 0.982)), (0.915, 200, (0.868, 0.946)), (1.0, 5, (0.566, 1.0)), (0.0, 0, (0.0, 1.0))],
+)
+def test_accuracy_interval_matches_wilson(accuracy, num_images, expected):
+    low, high = model_card.accuracy_interval(accuracy, num_images)
+
+    assert low == pytest.approx(expected[0], abs=5e-4)
+    assert high == pytest.approx(expected[1], abs=5e-4)
+
+
 # --- versions are never overwritten ---
 
 
