@@ -56,8 +56,8 @@ def format_section(*, command: str, archive: Path, report: ingest.IngestReport, 
         f"{report.num_quarantined} | {seconds:.1f} | {rss_peak_mib:.0f} |",
         "",
         f"Peak RSS is the whole process; {rss_before_mib:.0f} MiB of it was the interpreter and its "
-        "imports before ingest started. Photos stream through one at a time, so the peak does not "
-        "grow with the archive's size.",
+        "imports before ingest started. Photos stream through one at a time, so the peak grows by a small "
+        "record per photo, not by the photos' bytes.",
         "",
     ])
 

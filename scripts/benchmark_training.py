@@ -169,8 +169,23 @@ def speedup_paragraph(speedup: float, epochs: int) -> str:
         f"The speedup target has a ceiling of about {epochs}x. The Model Maker way runs the backbone "
         f"over the train and validation photos in each of its {epochs} epochs, while features-once "
         "runs it once and then trains only the head. So the ratio stays below the epoch count "
-        "unless the per-epoch overhead of the end-to-end path makes up the difference. "
-        f"Measured: {speedup:.2f}x."
+        "unless the per-epoch overhead of the end-to-end path makes up the difference: it decodes "
+        f"and resizes every photo again in each epoch. Measured: {speedup:.2f}x."
+    )
+
+
+def noise_paragraph(runs: dict[str, Run], num_test_images: int) -> str:
+    """Say how much of the accuracy differences the size of the test split can explain."""
+    from components.model_card import accuracy_interval
+
+    tuned = runs["tuned"].test_accuracy
+    low, high = accuracy_interval(tuned, num_test_images)
+    return (
+        f"Each test accuracy counts {num_test_images} photos, so one photo is "
+        f"{100 / num_test_images:.1f} points and the 95% interval of the tuned model's "
+        f"{tuned:.3f} is {low:.3f} to {high:.3f} (Wilson score). Differences of a few photos "
+        "between runs are within that noise; the cross-validated comparison above, over all train "
+        "and validation photos, is the better-founded one."
     )
 
 
@@ -210,7 +225,8 @@ def render_section(*, command: str, machine: str, counts: dict[str, int], floor_
         )
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {target} | {measured} | {'yes' if met else 'no'} |" for target, measured, met in targets]
-    lines += ["", tuning_paragraph(tuned, epochs), "", speedup_paragraph(speedup, epochs)]
+    lines += ["", tuning_paragraph(tuned, epochs), "", speedup_paragraph(speedup, epochs),
+              "", noise_paragraph(runs, counts["test"])]
     return "\n".join(lines) + "\n"
 
 
