@@ -38,7 +38,7 @@ def validate_source(source_uri: str) -> None:
 
 
 def validate_backbone(backbone_uri: str) -> None:
-    """Raise ValueError unless a local or gs:// backbone folder holds a SavedModel."""
+    """Raise ValueError unless a local or gs:// backbone folder contains a SavedModel."""
     if not backbone_uri or backbone_uri.lower().startswith(("https://", "http://")):
         return  # a TF Hub or Kaggle handle is resolved by tensorflow_hub when training starts
     saved_model = storage.join(backbone_uri, model_spec.SAVED_MODEL_FILE)
