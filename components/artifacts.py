@@ -23,6 +23,12 @@ Model (written by train), a folder:
                                 to the backbone's original handle
     labels.txt                  class names in the order of the model's outputs
     model_info.json             a ModelInfo as JSON
+
+Exported model (written by export, read by promote), a folder:
+    model.tflite                the converted model with TFLite Model Metadata and labels.txt packed in
+    labels.txt                  class names in the order of the model's outputs
+    export_info.json            quantization, version, size, sha256 and input details
+                                (components.export.ExportInfo)
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ SPLIT_INFO_FILE = "split.json"
 
 SAVED_MODEL_DIR = "saved_model"
 MODEL_INFO_FILE = "model_info.json"
+
+TFLITE_MODEL_FILE = "model.tflite"
+EXPORT_INFO_FILE = "export_info.json"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,8 +39,8 @@ from components.preprocessing import load_image
 
 logger = logging.getLogger(__name__)
 
-TFLITE_MODEL_FILE = "model.tflite"
-EXPORT_INFO_FILE = "export_info.json"
+TFLITE_MODEL_FILE = artifacts.TFLITE_MODEL_FILE
+EXPORT_INFO_FILE = artifacts.EXPORT_INFO_FILE
 
 # Model Maker calibrates int8 models on up to 500 training images.
 DEFAULT_NUM_CALIBRATION_IMAGES = 500

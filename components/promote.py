@@ -27,15 +27,15 @@ from typing import Callable, NamedTuple
 
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model
 
-from components import gate, storage
+from components import artifacts, gate, storage
 from components.artifacts import LABELS_FILE
 from components.model_card import ModelCardInputs, package_versions, render_model_card
 
 logger = logging.getLogger(__name__)
 
 # Files of the export step's folder that promote reads.
-TFLITE_FILE = "model.tflite"
-EXPORT_INFO_FILE = "export_info.json"
+TFLITE_FILE = artifacts.TFLITE_MODEL_FILE
+EXPORT_INFO_FILE = artifacts.EXPORT_INFO_FILE
 
 VERSIONS_DIR = "versions"
 METRICS_FILE = "metrics.json"
