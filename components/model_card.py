@@ -121,7 +121,7 @@ def render_model_card(
         _model_section(card.model_info, export_info),
         _table("## Hyperparameters", ("name", "value"), hyperparameters.items()),
         _metrics_section(export_metrics, card.evaluation_metrics, labels=labels, export_info=export_info),
-        _decision_section(decision),
+        _decision_section(decision, num_test_images=int(export_metrics.get("num_test_images", 0))),
         _table("## Package versions", ("package", "version"), packages.items()),
     ]
     return "\n\n".join(sections) + "\n"
@@ -157,7 +157,9 @@ def _data_section(ingest_report: dict) -> str:
     class_counts = ingest_report.get(CLASS_COUNTS_KEY) or {}
     header = (
         f"## Data\n\nSource: `{source}` ({kind})\n\nSource sha256: {sha256_text}\n\n"
-        f"Photos: {sum(class_counts.values())} in {len(class_counts)} classes"
+        f"Photos: {sum(class_counts.values())} in {len(class_counts)} classes, after ingest left out "
+        f"{ingest_report.get('num_duplicates', 0)} duplicates, {ingest_report.get('num_quarantined', 0)} photos "
+        f"that did not decode and {ingest_report.get('num_skipped', 0)} other files (ingest_report.json names them)"
     )
     return header + "\n\n" + _table(None, ("class", "photos"), sorted(class_counts.items()))
 
@@ -191,6 +193,10 @@ def _model_section(model_info: ModelInfo, export_info: dict) -> str:
         ("training images", model_info.num_train_images),
         ("validation images", model_info.num_validation_images),
         ("quantization", export_info.get("quantization", NOT_RECORDED)),
+        *(
+            [("int8 calibration", f"{export_info['num_calibration_images']} photos of the train split")]
+            if export_info.get("quantization") == "int8" and "num_calibration_images" in export_info else []
+        ),
         ("model.tflite size (bytes)", export_info.get("size_bytes", NOT_RECORDED)),
         ("model.tflite sha256", export_info.get("sha256", NOT_RECORDED)),
     ]
@@ -227,11 +233,19 @@ def _metrics_section(export_metrics: dict, evaluation_metrics: dict, *, labels: 
     return "\n".join(lines) + "\n\n" + exported + "\n\n" + evaluated + "\n\n" + classes
 
 
-def _decision_section(decision: Decision) -> str:
+def _decision_section(decision: Decision, *, num_test_images: int) -> str:
     verdict = "passed" if decision.passed else "failed"
     champion = decision.champion_version or "none (first promotion)"
     rows = [(check.name, "passed" if check.passed else "failed", check.reason) for check in decision.checks]
     header = f"## Gate decision\n\nThe gate {verdict}. Champion judged against: {champion}"
+    low, high = accuracy_interval(decision.accuracy, num_test_images)
+    straddled = [check.name for check in decision.checks if low < check.threshold <= high]
+    if straddled:
+        header += (
+            f"\n\nThe 95% interval of the accuracy ({low:.3f} to {high:.3f}) contains the threshold of "
+            f"{', '.join(straddled)}: the test split is too small to tell this model from one exactly "
+            "at the threshold, so a larger test split would make the decision firmer."
+        )
     return header + "\n\n" + _table(None, ("check", "result", "reason"), rows)
 
 

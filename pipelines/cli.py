@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 import components  # noqa: F401  (TF_USE_LEGACY_KERAS must be set before TensorFlow loads)
+from pipelines import DEFAULT_IMAGE
 
 logger = logging.getLogger("pipelines.cli")
 
@@ -122,21 +123,40 @@ def validate_arguments(arguments: dict[str, object]) -> None:
     validate.validate_component(**{name: values[name] for name in names})
 
 
-def report_outcome(*, pipeline_root: str | Path, started_at: float, bucket: str, model_name: str) -> None:
-    """Log whether the run just finished promoted its model, and the champion now in the bucket."""
+def report_outcome(*, pipeline_root: str | Path, started_at: float, bucket: str, model_name: str) -> bool:
+    """Log, as the run's last line, whether the run that started at started_at promoted its model.
+
+    Returns True when it did. A passing model can still lose a race against another run that
+    promoted at the same time, so the champion pointer decides, not the gate alone.
+    """
+    import datetime
+
     from components import gate
 
     decision = _latest_decision(Path(pipeline_root), started_at=started_at)
-    champion = gate.read_champion(bucket=bucket, model_name=model_name)
-    champion_text = json.dumps(champion, sort_keys=True) if champion else "none"
+    champion = gate.read_champion(bucket=bucket, model_name=model_name) or {}
+    champion_version = champion.get("version", "none")
     if decision is None:
-        logger.warning("no gate decision found under %s; champion of %s: %s", pipeline_root, model_name, champion_text)
-    elif decision.passed:
-        logger.info("the gate passed (%s); champion of %s in %s: %s",
-                    _reasons(decision), model_name, bucket, champion_text)
-    else:
-        logger.warning("NOT PROMOTED: the gate rejected this run's model (%s); the champion of %s in %s "
-                       "stays %s", _reasons(decision), model_name, bucket, champion_text)
+        logger.warning("no gate decision found under %s; the champion of %s is %s", pipeline_root, model_name,
+                       champion_version)
+        return False
+    if not decision.passed:
+        logger.warning("NOT PROMOTED: the gate rejected this run's model (%s); the champion of %s stays %s",
+                       _reasons(decision), model_name, champion_version)
+        return False
+
+    promoted_at = champion.get("promoted_at")
+    promoted_now = bool(promoted_at) and (
+        datetime.datetime.fromisoformat(promoted_at).timestamp() >= int(started_at)
+        and champion.get("metrics", {}).get("accuracy") == decision.accuracy
+    )
+    if promoted_now:
+        logger.info("PROMOTED: version %s is now the champion of %s (%s); files in %s",
+                    champion_version, model_name, _reasons(decision), champion.get("uri"))
+        return True
+    logger.warning("NOT PROMOTED: the gate passed (%s), but the champion of %s is %s, which another run "
+                   "promoted; see the promote step's log", _reasons(decision), model_name, champion_version)
+    return False
 
 
 def _latest_decision(pipeline_root: Path, *, started_at: float):
@@ -200,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flower-pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     image_help = (
-        "component image with this project installed (default: $FLOWER_PIPELINE_IMAGE, else "
-        "the pipeline's default name)"
+        "component image with this project installed, pushed where the cluster can pull it "
+        f"(default: $FLOWER_PIPELINE_IMAGE, else {DEFAULT_IMAGE})"
     )
 
     compile_command = commands.add_parser("compile", help="compile the pipeline to KFP v2 YAML")
@@ -212,7 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(run_command, bucket_help="gs://bucket/prefix or a local folder to promote into")
     run_command.add_argument("--pipeline-root", default=str(DEFAULT_PIPELINE_ROOT), help="folder for step outputs (default: %(default)s)")
 
-    submit_command = commands.add_parser("submit", help="start a run on a Kubeflow Pipelines cluster")
+    submit_command = commands.add_parser(
+        "submit",
+        help="start a run on a Kubeflow Pipelines cluster",
+        description=(
+            "Compile the pipeline for --image, check the parameters here, then start a run through the "
+            "Kubeflow Pipelines API at --host. Bucket, source and backbone must be URIs that the "
+            "cluster's pods can reach (gs://, or https:// for a source or backbone)."
+        ),
+    )
     _add_run_arguments(submit_command, bucket_help="gs://bucket/prefix to promote into")
     submit_command.add_argument("--host", required=True, help="Kubeflow Pipelines API endpoint, e.g. https://kfp.example.com/pipeline")
     submit_command.add_argument("--image", default=os.environ.get("FLOWER_PIPELINE_IMAGE") or None, help=image_help)
@@ -250,7 +278,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    from pipelines.pipeline import DEFAULT_IMAGE
 
     if args.command == "compile":
         compile_pipeline(output=args.output, image=args.image or DEFAULT_IMAGE)

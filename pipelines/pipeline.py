@@ -11,9 +11,9 @@ from typing import Callable
 from kfp import dsl
 
 from components import evaluate, export, gate, ingest, promote, split, train, validate
+from pipelines import DEFAULT_IMAGE
 
 PIPELINE_NAME = "flower-classifier"
-DEFAULT_IMAGE = "flower-classifier-pipeline:0.1.0"
 
 _STEP_FUNCTIONS: dict[str, Callable] = {
     "validate": validate.validate_component,

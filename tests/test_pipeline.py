@@ -1,6 +1,7 @@
 """The pipeline compiled to YAML, its command line, and whole runs on the KFP local runner."""
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -155,9 +156,11 @@ def _decision(pipeline_root: Path) -> dict:
 @pytest.mark.slow
 def test_pipeline_promotes_then_gate_blocks(gcs_server, tmp_path, caplog):
     # The source is the real default URI, served by the emulator from the mini archive.
+    caplog.set_level(logging.INFO, logger="pipelines.cli")
     pipeline_root = tmp_path / "outputs"
     bucket = tmp_path / "bucket"
 
+    first_run_started = time.time()
     cli.run_locally(arguments=_run_arguments(tmp_path, min_accuracy=0.0), pipeline_root=pipeline_root,
                     enable_caching=True)
 
@@ -169,6 +172,9 @@ def test_pipeline_promotes_then_gate_blocks(gcs_server, tmp_path, caplog):
         assert (version_dir / name).is_file(), name
     assert (version_dir / "labels.txt").read_text().split() == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
     assert _decision(pipeline_root)["passed"] is True
+    assert cli.report_outcome(pipeline_root=pipeline_root, started_at=first_run_started, bucket=str(bucket),
+                              model_name="flower-classifier") is True
+    assert f"PROMOTED: version {champion['version']} is now the champion of flower-classifier" in caplog.text
     accuracy = champion["metrics"]["accuracy"]
     assert accuracy < 1.0, "the tiny random backbone should not classify every test photo right"
 
@@ -181,7 +187,7 @@ def test_pipeline_promotes_then_gate_blocks(gcs_server, tmp_path, caplog):
     assert _versions(bucket) == versions
     unchanged = json.loads((bucket / "flower-classifier" / "champion.json").read_text())
     assert unchanged == champion
-    cli.report_outcome(pipeline_root=pipeline_root, started_at=second_run_started, bucket=str(bucket),
-                       model_name="flower-classifier")
+    assert cli.report_outcome(pipeline_root=pipeline_root, started_at=second_run_started, bucket=str(bucket),
+                              model_name="flower-classifier") is False
     assert "NOT PROMOTED: the gate rejected this run's model" in caplog.text
     assert "< min_accuracy 1.000" in caplog.text

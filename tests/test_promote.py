@@ -263,9 +263,9 @@ def test_model_card_explains_metrics_and_use():
             evaluation_metrics=evaluation,
             model_info=dataclasses.replace(card.model_info, hyperparameters=hyperparameters),
         ),
-        export_info={"quantization": "int8", "input_dtype": "uint8"},
+        export_info={"quantization": "int8", "input_dtype": "uint8", "num_calibration_images": 80},
         export_metrics={**export_metrics(0.9), "latency_num_threads": 1.0},
-        decision=gate.judge(accuracy=0.9, min_accuracy=MIN_ACCURACY, max_regression=MAX_REGRESSION, champion=None),
+        decision=gate.judge(accuracy=0.9, min_accuracy=0.85, max_regression=MAX_REGRESSION, champion=None),
         packages={"kfp": "2.17.3"},
     )
 
@@ -279,6 +279,28 @@ def test_model_card_explains_metrics_and_use():
     assert "feature_memory_bytes" not in text
     assert "cache_features" not in text
     assert "| epochs | 5 |" in text
+    assert "| int8 calibration | 80 photos of the train split |" in text
+    assert "The 95% interval of the accuracy (0.596 to 0.982) contains the threshold of min_accuracy" in text
+
+
+def test_model_card_counts_photos_left_out():
+    card = make_card()
+    report = {**card.ingest_report, "num_duplicates": 2, "num_quarantined": 1, "num_skipped": 3}
+
+    text = model_card.render_model_card(
+        model_name=MODEL_NAME,
+        version="v1",
+        version_uri="gs://models/flowers/versions/v1",
+        card=dataclasses.replace(card, ingest_report=report),
+        export_info={"quantization": "float32"},
+        export_metrics=export_metrics(0.9),
+        decision=gate.judge(accuracy=0.9, min_accuracy=MIN_ACCURACY, max_regression=MAX_REGRESSION, champion=None),
+        packages={"kfp": "2.17.3"},
+    )
+
+    assert "after ingest left out 2 duplicates, 1 photos that did not decode and 3 other files" in text
+    assert "int8 calibration" not in text
+    assert "contains the threshold" not in text
 
 
 @pytest.mark.parametrize(
