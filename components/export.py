@@ -289,7 +289,7 @@ def export_model(
 
     import tf_keras
 
-    keras_model = tf_keras.models.load_model(str(Path(model_dir) / artifacts.SAVED_MODEL_DIR))
+    keras_model = tf_keras.models.load_model(str(Path(model_dir) / artifacts.SAVED_MODEL_DIR), compile=False)
     converted = convert_to_tflite(
         keras_model, quantization=quantization, calibration_images=calibration, input_size=input_size
     )
