@@ -158,10 +158,15 @@ def _data_section(ingest_report: dict) -> str:
     header = (
         f"## Data\n\nSource: `{source}` ({kind})\n\nSource sha256: {sha256_text}\n\n"
         f"Photos: {sum(class_counts.values())} in {len(class_counts)} classes, after ingest left out "
-        f"{ingest_report.get('num_duplicates', 0)} duplicates, {ingest_report.get('num_quarantined', 0)} photos "
-        f"that did not decode and {ingest_report.get('num_skipped', 0)} other files (ingest_report.json names them)"
+        f"{_count(ingest_report.get('num_duplicates', 0), 'duplicate')}, "
+        f"{_count(ingest_report.get('num_quarantined', 0), 'photo')} that did not decode and "
+        f"{_count(ingest_report.get('num_skipped', 0), 'other file')} (ingest_report.json names them)"
     )
     return header + "\n\n" + _table(None, ("class", "photos"), sorted(class_counts.items()))
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _split_section(splits: dict[str, dict]) -> str:

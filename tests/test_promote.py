@@ -298,7 +298,7 @@ def test_model_card_counts_photos_left_out():
         packages={"kfp": "2.17.3"},
     )
 
-    assert "after ingest left out 2 duplicates, 1 photos that did not decode and 3 other files" in text
+    assert "after ingest left out 2 duplicates, 1 photo that did not decode and 3 other files" in text
     assert "int8 calibration" not in text
     assert "contains the threshold" not in text
 
