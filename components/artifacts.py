@@ -65,7 +65,7 @@ class ManifestRow:
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
-    """What a consumer of a Model artifact needs besides the SavedModel."""
+    """Facts about a Model artifact that a consumer needs besides the SavedModel."""
 
     model_spec: str  # registry name, or "custom" for a backbone given by URI
     backbone_uri: str

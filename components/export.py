@@ -213,7 +213,7 @@ def pin_pixel_input_quantization(tflite_model: bytes) -> bytes:
 def compute_version(tflite_model: bytes, *, now: datetime.datetime | None = None) -> str:
     """Name a model version by UTC time and the first 8 hex digits of tflite_model's sha256.
 
-    Export passes the model before its metadata is added, because the metadata holds the version.
+    Export passes the model before its metadata is added, because the metadata contains the version.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     timestamp = now.astimezone(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -1,7 +1,7 @@
 """Image preprocessing of TFLite Model Maker's image classifier, shared by training and evaluation.
 
 A photo is decoded to 8-bit RGB, scaled to float32 in [0, 1], then resized bilinearly to the
-model's input size. The model itself holds no preprocessing, so an app feeds it the same way.
+model's input size. The model itself contains no preprocessing, so an app feeds it the same way.
 """
 
 from __future__ import annotations

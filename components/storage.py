@@ -390,8 +390,8 @@ class _ProgressReader:
 def _exclusive_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive flock on path's folder, waiting at most LOCAL_LOCK_TIMEOUT_S.
 
-    Locking the folder rather than a sibling lock file leaves nothing behind in a bucket folder;
-    the cost is that writes to different files of one folder wait for each other.
+    Locking the folder rather than a sibling lock file leaves nothing behind in a bucket folder.
+    The cost is that writes to different files of one folder wait for each other.
     """
     lock_path = path.parent
     descriptor = os.open(lock_path, os.O_RDONLY | os.O_DIRECTORY)

@@ -51,7 +51,7 @@ class ClassifierMetadata:
     license: str
     labels_file_name: str
     # (pixel - mean) / std maps pixel values in [0, 255] to the float model's input range.
-    # The schema asks a quantized model to state the same values as its float model.
+    # The schema expects a quantized model to state the same values as its float model.
     normalization_mean: float
     normalization_std: float
     # The range of the input tensor's own values: [0, 1] for float input, [0, 255] for uint8.

@@ -170,9 +170,9 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
         )
         judged.set_caching_options(False)
 
-        # The Else branch is more than a log line: kfp 2.17's local runner resolves a lone If's
+        # The Else branch is more than a log line. kfp 2.17's local runner resolves a lone If's
         # condition against the pipeline's inputs, fails to find the gate's output there and
-        # silently skips the branch; an If/Else pair is evaluated where the output is visible.
+        # silently skips the branch. An If/Else pair is evaluated where the output is visible.
         with dsl.If(judged.outputs["passed"] == True, name="gate-passed"):  # noqa: E712 (KFP condition syntax)
             promoted = ops["promote"](
                 tflite_model=exported.outputs["tflite_model"],

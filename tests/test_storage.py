@@ -69,7 +69,7 @@ def http_root(tmp_path):
 class FaultProxy(http.server.ThreadingHTTPServer):
     """An HTTP proxy in front of the emulator that injects faults and counts requests.
 
-    statuses: answers for the next requests, one each, instead of passing them through.
+    statuses: HTTP status codes returned to the next requests, one each, instead of passing them through.
     truncate_media: cut every object download (alt=media) off after half of its body.
     """
 
@@ -132,7 +132,7 @@ def fault_proxy(gcs_server, monkeypatch):
     thread.start()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{proxy.server_port}")
     # google-cloud-storage 3.17 fetches bucket metadata for its tracing in a background thread on
-    # a client's first call per bucket; that extra request would make the counts below vary.
+    # a client's first call per bucket. That extra request would make the counts below vary.
     monkeypatch.setenv("DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA", "true")
     yield proxy
     proxy.shutdown()

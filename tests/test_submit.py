@@ -1,7 +1,7 @@
 """Submitting to a Kubeflow Pipelines cluster, against a stand-in of its REST API on 127.0.0.1.
 
 No Kubeflow API server runs here, so a small HTTP server records what the real kfp.Client sends
-and replies the way the v2beta1 API does; the tests check those requests exactly.
+and replies the way the v2beta1 API does. The tests check those requests exactly.
 """
 
 import http.server
